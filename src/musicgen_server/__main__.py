@@ -1,0 +1,3 @@
+from musicgen_server.cli import main
+
+main()
