@@ -279,28 +279,27 @@ def _set_tags(out: sf.SoundFile, tags: dict[str, str]) -> None:
 
 
 def _id3v2_tag(tags: dict[str, str]) -> bytes:
-    """An ID3v2.4 tag in UTF-8, put in front of the MP3 stream.
+    """An ID3v2.4 tag in UTF-8 (written by mutagen), put in front of the MP3 stream.
 
     libsndfile's own MP3 tagging goes through LAME, which stores our UTF-8 bytes in frames
     labelled Latin-1 (any non-ASCII prompt reads back as mojibake), falls back to ID3v1 (30
-    characters) for short values, and replaces "software" with LAME's version string. Writing
-    the tag ourselves avoids all three; libsndfile reads it back, and the LAME gapless header
+    characters) for short values, and replaces "software" with LAME's version string. A tag
+    written separately avoids all three; libsndfile reads it back, and the LAME gapless header
     after it still works."""
-    frames = b"".join(_id3_frame(_ID3_FRAMES[key], text) for key, text in tags.items() if key in _ID3_FRAMES)
-    if not frames:
+    from mutagen import id3
+
+    tag = id3.ID3()
+    for key, text in tags.items():
+        frame_id = _ID3_FRAMES.get(key)
+        if frame_id == "COMM":
+            tag.add(id3.COMM(encoding=id3.Encoding.UTF8, lang="eng", desc="", text=text))
+        elif frame_id is not None:
+            tag.add(getattr(id3, frame_id)(encoding=id3.Encoding.UTF8, text=text))
+    if not tag:
         return b""
-    return b"ID3\x04\x00\x00" + _synchsafe(len(frames)) + frames
-
-
-def _id3_frame(frame_id: str, text: str) -> bytes:
-    # Encoding byte 3 = UTF-8. COMM adds a language and an empty description before the text.
-    body = b"\x03" + (b"eng\x00" if frame_id == "COMM" else b"") + text.encode("utf-8")
-    return frame_id.encode("ascii") + _synchsafe(len(body)) + b"\x00\x00" + body
-
-
-def _synchsafe(size: int) -> bytes:
-    """ID3v2.4 sizes use 7 bits per byte so they never look like an MPEG sync word."""
-    return bytes((size >> shift) & 0x7F for shift in (21, 14, 7, 0))
+    buffer = io.BytesIO()
+    tag.save(buffer, v2_version=4, padding=lambda info: 0)
+    return buffer.getvalue()
 
 
 def write(
