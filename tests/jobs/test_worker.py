@@ -99,11 +99,14 @@ def test_a_cancel_written_to_the_store_stops_a_running_job_within_a_second(make_
     job = submit(store, duration=30.0)
     worker.start()
     wait_for(lambda: store.get(job.id).progress > 0.01, 30, 0.02, "the job to be generating")
+    handle = worker.handle(job.id)
+    assert handle is not None and handle.request_id == job.id and handle.running
     asked = time.monotonic()
     store.cancel(job.id)  # as another process would: only through the store
     ended = finished(store, job.id, timeout=5)
     assert ended.status == "cancelled" and time.monotonic() - asked < 1.0
     assert ended.audio_file is None
+    wait_for(lambda: worker.handle(job.id) is None, 5, 0.05, "the worker to let go")
 
 
 def test_a_model_that_is_not_here_fails_the_job_with_the_model_layers_message(make_worker):

@@ -142,6 +142,13 @@ class Worker:
         """A rough guess of how long `queued` waiting jobs take to clear."""
         return queued * self._job_seconds
 
+    def handle(self, job_id: str) -> GenerationHandle | None:
+        """The engine's handle of a job this process is running (for streaming its audio as
+        it is made), or None when the job is not running here or has not reached its engine."""
+        with self._lock:
+            flight = self._flights.get(job_id)
+        return flight.handle if flight is not None else None
+
     def cancel(self, job_id: str) -> bool:
         """Stop a job this process runs now, without waiting for the next look at the store."""
         with self._lock:

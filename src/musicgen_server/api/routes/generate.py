@@ -47,7 +47,7 @@ def generate(
             "the server is shutting down and takes no new jobs: retry shortly",
             headers={"Retry-After": "5"},
         )
-    new = _new_job(body, service, owner)
+    new = job_from_request(body, service, owner)
     try:
         job = service.store.submit(new, max_queue=settings.max_queue)
     except QueueFull as full:
@@ -65,7 +65,9 @@ def generate(
     return GenerateResponse(job_id=job.id, status="queued")
 
 
-def _new_job(body: GenerateRequest, service: Service, owner: str | None) -> NewJob:
+def job_from_request(body: GenerateRequest, service: Service, owner: str | None) -> NewJob:
+    """Every check of a generation request beyond its schema, and the job it becomes (with its
+    seed fixed). Raises ApiError (422) naming the field to change."""
     settings = service.settings
     prompt = body.prompt.strip()
     if not prompt:
