@@ -72,8 +72,9 @@ class ServerProcess:
     # -- life ---------------------------------------------------------------------------------
     def start(self, ready: bool = True, timeout: float = 90) -> ServerProcess:
         log = open(self.log_path, "ab")
+        command = [sys.executable, "-m", "musicgen_server", "serve", "--host", "127.0.0.1"]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "musicgen_server", "serve", "--host", "127.0.0.1", "--port", f"{self.port}"],
+            [*command, "--port", str(self.port)],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
