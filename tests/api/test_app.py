@@ -115,3 +115,21 @@ def test_validation_errors_name_each_field(make_client):
     fields = {error["field"] for error in response.json()["errors"]}
     assert fields == {"duration", "top_p", "format"}  # the empty prompt is checked after the types
     assert response.json()["detail"].count(";") == 2
+
+
+def test_the_default_model_is_tried_again_until_it_appears(tmp_path, tiny_folder, monkeypatch):
+    import shutil
+
+    from musicgen_server.api import service as service_module
+
+    monkeypatch.setattr(service_module, "WARMUP_RETRY_SECONDS", 0.2)
+    later = tmp_path / "model-arrives-later"
+    settings = Settings(data_dir=prepare_data_dir(tmp_path / "data", tiny_folder), model=str(later))
+    with TestClient(create_app(settings)) as client:
+        not_yet = wait_for(
+            lambda: (r := client.get("/ready")).json()["detail"] and "not available" in r.text and r
+        )
+        assert not_yet.status_code == 503 and str(later) in not_yet.json()["detail"]
+        shutil.copytree(tiny_folder, later)
+        wait_for(lambda: client.get("/ready").status_code == 200, 30, 0.1, "ready once the model is there")
+        assert client.get("/models").json()["default_model"] == str(later)
