@@ -66,3 +66,24 @@ def tiny_stereo_model(settings, tiny_stereo_folder):
     from musicgen_server.models import load_model
 
     return load_model("tiny-stereo", settings)
+
+
+@pytest.fixture
+def start_server(tmp_path, tiny_folder):
+    """Start real `musicgen serve` processes (tiny model, free port, private data dir); all are
+    stopped at the end of the test. `start_server(env={...})` or `start_server(path, env={...})`;
+    see `support.start_server` and `support.ServerProcess`."""
+    import support
+
+    servers = []
+
+    def start(path: Path | None = None, env: dict | None = None, **options):
+        folder = path or tmp_path / f"server-{len(servers) + 1}"
+        folder.mkdir(parents=True, exist_ok=True)
+        server = support.start_server(folder, env, tiny_folder=tiny_folder, **options)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()

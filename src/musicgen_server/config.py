@@ -55,8 +55,21 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     log_format: Literal["plain", "json"] = "plain"
     log_level: str = "INFO"
-    max_body_bytes: int = Field(64 * 1024, ge=1024)
-    max_prompt_chars: int = Field(2000, ge=1)
+    max_body_bytes: int = Field(64 * 1024, ge=1024, description="Largest request body accepted (413 beyond).")
+    max_prompt_chars: int = Field(2000, ge=1, description="Longest prompt accepted, in characters.")
+
+    # --- jobs -------------------------------------------------------------------------------
+    lease_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="A running job's lease; a worker renews it while alive. A job whose worker died "
+        "is claimed again at most this long after the last renewal.",
+    )
+    poll_interval: float = Field(0.5, gt=0, description="Seconds between looks at the queue for new work.")
+    sweep_interval: float = Field(60.0, gt=0, description="Seconds between sweeps that delete expired audio.")
+    max_attempts: int = Field(
+        3, ge=1, description="Starts of one job before it is failed (a job that keeps killing its worker)."
+    )
 
     @field_validator("api_keys", mode="before")
     @classmethod

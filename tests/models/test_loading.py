@@ -154,3 +154,23 @@ def test_device_and_dtype_come_from_settings(settings, tiny_folder):
     parameter = next(loaded.model.parameters())
     assert str(parameter.dtype) == "torch.bfloat16" and parameter.device.type == "cpu"
     assert np.isfinite(loaded.weights_bytes)
+
+
+def test_loads_running_at_once_in_one_process_all_succeed(settings, tiny_folder, tiny_stereo_folder):
+    """A server loads its default model while a job starts another: from_pretrained must not
+    run twice at once (it fails with "Cannot copy out of meta tensor" when it does)."""
+    results, errors = [], []
+
+    def load(name):
+        try:
+            results.append(load_model(name, settings))
+        except Exception as error:  # noqa: BLE001 - reported below
+            errors.append(repr(error))
+
+    threads = [threading.Thread(target=load, args=(name,)) for name in ("tiny", "tiny-stereo", "tiny", "tiny-stereo")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert sorted(model.channels for model in results) == [1, 1, 2, 2]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,11 @@ from musicgen_server.models.registry import ModelSpec, resolve
 log = logging.getLogger(__name__)
 
 ARCHITECTURES = ("musicgen", "musicgen_melody")
+
+# transformers' from_pretrained is not thread-safe: it builds models under process-wide contexts
+# (meta-device initialisation, lazy module imports), so two loads at once in one process fail
+# with "Cannot copy out of meta tensor". Loads are serialised; generation never takes this lock.
+_LOAD_LOCK = threading.Lock()
 
 
 @dataclass
@@ -137,14 +143,15 @@ def load_model(
     started = time.perf_counter()
     folder = locate(spec, settings)
     architecture = _architecture(folder, spec.name)
-    model_class, processor_class = _model_classes(architecture)
-    try:
-        with quiet_transformers():
-            model = model_class.from_pretrained(folder, dtype=target_dtype)
-            processor = processor_class.from_pretrained(folder)
-    except Exception as error:
-        raise ModelLoadError(f"model '{spec.name}' failed to load from {folder}: {error}") from error
-    model = model.to(target_device).eval()
+    with _LOAD_LOCK:
+        model_class, processor_class = _model_classes(architecture)
+        try:
+            with quiet_transformers():
+                model = model_class.from_pretrained(folder, dtype=target_dtype)
+                processor = processor_class.from_pretrained(folder)
+        except Exception as error:
+            raise ModelLoadError(f"model '{spec.name}' failed to load from {folder}: {error}") from error
+        model = model.to(target_device).eval()
     model.requires_grad_(False)
     config = model.config
     codec = config.audio_encoder
