@@ -85,6 +85,17 @@ class DecoderParts:
             text_hidden != config.hidden_size and musicgen.decoder.config.cross_attention_hidden_size is None
         )
 
+    def step_weights(self) -> list[torch.Tensor]:
+        """Every weight a step multiplies by (cross-attention keys and values are computed at
+        admission, not per step)."""
+        weights = []
+        for layer in self.layers:
+            attention, cross = layer.self_attn, layer.encoder_attn
+            weights += [attention.q_proj.weight, attention.k_proj.weight, attention.v_proj.weight]
+            weights += [attention.out_proj.weight, cross.q_proj.weight, cross.out_proj.weight]
+            weights += [layer.fc1.weight, layer.fc2.weight]
+        return weights + list(self.heads_weights)
+
     def linear_shapes(self) -> list[torch.Tensor]:
         """One weight of every matrix shape a step multiplies by (for `probe_rows`)."""
         layer = self.layers[0]
@@ -117,37 +128,63 @@ def cross_keys_values(parts: DecoderParts, states: torch.Tensor) -> list[tuple[t
     return out
 
 
-def probe_rows(weights: list[torch.Tensor], max_rows: int) -> int | None:
+def probe_rows(weights: list[torch.Tensor], max_rows: int, linear=None) -> int | None:
     """The smallest row multiple that makes every matrix product row-invariant on this device.
 
     A BLAS may compute the same input row differently depending on how many rows share the
     product and where the row sits (MKL on this CPU: one row takes a GEMV path, rows of a
-    product with fewer than 4 rows or in a ragged tail another). Padding the rows of every step
-    to a multiple that keeps each row on one code path makes a request's numbers independent of
-    its batch-mates. The probe multiplies a batch of identical rows at every padded size and
+    product with fewer than 4 rows or in a ragged tail another; oneDNN with packed weights: one
+    row differs from two or more). Padding the rows of every step to a multiple that keeps each
+    row on one code path makes a request's numbers independent of its batch-mates. The probe
+    multiplies a batch of identical rows at every padded size with the step's own `linear` and
     checks that all rows of all sizes agree bit for bit. The last candidate is one fixed size
     for every step; None when not even that is invariant."""
+    linear = linear or F.linear
     generator = torch.Generator(device="cpu").manual_seed(1234)
-    largest = max(4, -(-max_rows // 4) * 4)
-    candidates = sorted({m for m in (4, 8, 16) if m < largest} | {largest})
+    largest = max(2, -(-max_rows // 2) * 2)
+    candidates = sorted({m for m in (2, 4, 8, 16) if m < largest} | {largest})
     with torch.inference_mode():
         for multiple in candidates:
             sizes = range(multiple, -(-max_rows // multiple) * multiple + 1, multiple)
-            if all(_rows_agree(weight, sizes, generator) for weight in weights):
+            if all(_rows_agree(weight, sizes, generator, linear) for weight in weights):
                 return multiple
     return None
 
 
-def _rows_agree(weight: torch.Tensor, sizes, generator: torch.Generator) -> bool:
+def _rows_agree(weight: torch.Tensor, sizes, generator: torch.Generator, linear) -> bool:
     row = torch.randn(weight.shape[1], generator=generator).to(weight.device, weight.dtype)
     reference = None
     for size in sizes:
-        out = F.linear(row.expand(size, -1).contiguous(), weight)
+        out = linear(row.expand(size, -1).contiguous(), weight)
         if reference is None:
             reference = out[0].clone()
         if not bool((out == reference).all()):
             return False
     return True
+
+
+class PackedLinear:
+    """Matrix products with the decoder's weights prepacked for oneDNN (CPU, float32).
+
+    On this CPU a decoder step is mostly matrix products of a few rows by large weights; oneDNN
+    with weights reordered once into its blocked layout runs them about twice as fast as the
+    default MKL GEMM (musicgen-small, 16 rows, one thread: 112 ms against 203 ms per step) and
+    is row-invariant from two rows on. The packed copies cost as much memory again as the
+    decoder's projection weights (1.3 GB for musicgen-small); the module weights stay as they
+    are. `probe_rows` checks the result like any other product."""
+
+    def __init__(self, weights: list[torch.Tensor], rows_hint: int):
+        self._packed = {id(w): torch.ops.mkldnn._reorder_linear_weight(w, rows_hint) for w in weights}
+
+    @staticmethod
+    def available(parts: DecoderParts) -> bool:
+        return parts.device.type == "cpu" and parts.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+
+    def __call__(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        packed = self._packed.get(id(weight))
+        if packed is None:
+            return F.linear(x, weight)
+        return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
 
 
 class SlotState:
@@ -241,21 +278,29 @@ class SlotState:
 class Runner(SlotState):
     """The eager batched step (CPU, or any device without CUDA graphs)."""
 
-    def __init__(self, model: LoadedModel, max_slots: int, max_steps: int):
+    def __init__(self, model: LoadedModel, max_slots: int, max_steps: int, *, pack_weights: bool | None = None):
         parts = DecoderParts(model)
         super().__init__(parts, max_slots, max_steps)
         shape = (max_slots, 2, parts.heads, max_steps, parts.head_dim)
         self.keys = [torch.zeros(shape, dtype=parts.dtype, device=parts.device) for _ in parts.layers]
         self.values = [torch.zeros(shape, dtype=parts.dtype, device=parts.device) for _ in parts.layers]
         self.cross: list[list[tuple[torch.Tensor, torch.Tensor]] | None] = [None] * max_slots
-        multiple = probe_rows(parts.linear_shapes(), 2 * max_slots)
+        self.linear = F.linear
+        if pack_weights is None:
+            pack_weights = PackedLinear.available(parts)
+        if pack_weights:
+            try:
+                self.linear = PackedLinear(parts.step_weights(), rows_hint=2 * max_slots)
+            except RuntimeError as error:  # no oneDNN for this build or device: the plain product
+                log.info("packed weights unavailable (%s): using torch's matmul", error)
+        multiple = probe_rows(parts.linear_shapes(), 2 * max_slots, self.linear)
         if multiple is None:
             log.warning(
                 "matrix products on %s are not row-invariant at any padding: a request's codes may "
                 "depend on its batch-mates by float rounding",
                 parts.device,
             )
-            multiple = 4
+            multiple = 2
         self.row_multiple = multiple
         self._layout_key: tuple | None = None
         self._layout: dict = {}
@@ -323,6 +368,7 @@ class Runner(SlotState):
         conditional rows and of the unconditional ones (the conditional again for requests
         without guidance). Writes this step's keys and values into the cache."""
         parts = self.parts
+        linear = self.linear
         layout = self._rows(batch)
         rows, padded = layout["rows"], layout["padded"]
         device, dtype, hidden = parts.device, parts.dtype, parts.hidden
@@ -345,9 +391,9 @@ class Runner(SlotState):
         for index, layer in enumerate(parts.layers):
             attention = layer.self_attn
             h = layer_norm(x, layer.self_attn_layer_norm)
-            q = F.linear(h, attention.q_proj.weight)
-            k = F.linear(h, attention.k_proj.weight)
-            v = F.linear(h, attention.v_proj.weight)
+            q = linear(h, attention.q_proj.weight)
+            k = linear(h, attention.k_proj.weight)
+            v = linear(h, attention.v_proj.weight)
             keys, values = self.keys[index], self.values[index]
             keys[row_slot, row_half, :, row_steps] = k[:rows].view(rows, heads, head_dim)
             values[row_slot, row_half, :, row_steps] = v[:rows].view(rows, heads, head_dim)
@@ -362,24 +408,24 @@ class Runner(SlotState):
                     values[entry.slot, :count, :, :length],
                 )
                 attended[start : start + count] = out.view(count, hidden)
-            x.add_(F.linear(attended, attention.out_proj.weight))
+            x.add_(linear(attended, attention.out_proj.weight))
 
             cross = layer.encoder_attn
             h = layer_norm(x, layer.encoder_attn_layer_norm)
-            q = F.linear(h, cross.q_proj.weight)
+            q = linear(h, cross.q_proj.weight)
             attended = layout["cross_out"]
             for entry, start in zip(batch, starts):
                 text_keys, text_values = self.cross[entry.slot][index]  # type: ignore[index]
                 query = q[start : start + 1].view(1, heads, 1, head_dim)
                 out = F.scaled_dot_product_attention(query, text_keys, text_values)
                 attended[start : start + 1] = out.view(1, hidden)
-            x.add_(F.linear(attended, cross.out_proj.weight))
+            x.add_(linear(attended, cross.out_proj.weight))
 
             h = layer_norm(x, layer.final_layer_norm)
-            x.add_(F.linear(layer.activation_fn(F.linear(h, layer.fc1.weight)), layer.fc2.weight))
+            x.add_(linear(layer.activation_fn(linear(h, layer.fc1.weight)), layer.fc2.weight))
 
         h = layer_norm(x, parts.final_norm)
-        logits = torch.stack([F.linear(h, weight) for weight in parts.heads_weights], dim=1)
+        logits = torch.stack([linear(h, weight) for weight in parts.heads_weights], dim=1)
         cond = logits.index_select(0, layout["cond"]).float()
         uncond = logits.index_select(0, layout["uncond"]).float()
         return cond, uncond
