@@ -112,8 +112,8 @@ class StaticRunner(SlotState):
             device = self.device
             slots = torch.arange(batch, device=device)
             self._rows[batch] = {
-                "slot": slots.repeat_interleave(2),
-                "half": torch.tensor([0, 1], device=device).repeat(batch),
+                "slot": _twice(slots),
+                "half": torch.arange(2, device=device).repeat(batch),
             }
         return self._rows[batch]
 
@@ -130,10 +130,10 @@ class StaticRunner(SlotState):
         for codebook in range(1, parts.codebooks):
             embedded = embedded + F.embedding(inputs[:, codebook], parts.embeddings[codebook])
         embedded = embedded + parts.positions.index_select(0, positions).to(dtype)
-        x = embedded.repeat_interleave(2, dim=0)
-        row_positions = positions.repeat_interleave(2)
+        x = _twice(embedded)
+        row_positions = _twice(positions)
         visible = self.key_positions[:key_length].unsqueeze(0) <= positions.unsqueeze(1)
-        self_mask = _additive(visible, dtype).repeat_interleave(2, dim=0).view(rows, 1, 1, key_length)
+        self_mask = _twice(_additive(visible, dtype)).view(rows, 1, 1, key_length)
         text_visible = self.text_positions[:text_length].unsqueeze(0) < self.text_lengths[:batch].unsqueeze(1)
         text_mask = _additive(text_visible, dtype).view(batch, 1, 1, text_length)
         for layer_index, layer in enumerate(parts.layers):
@@ -198,6 +198,12 @@ class StaticRunner(SlotState):
         self.positions.index_add_(0, slots, torch.ones_like(slots))
 
 
+def _twice(x: torch.Tensor) -> torch.Tensor:
+    """Each row twice in a row ([a, a, b, b, ...]): the conditional and unconditional rows of a
+    slot. A view and a copy, never a host synchronisation."""
+    return x.unsqueeze(1).expand(x.shape[0], 2, *x.shape[1:]).reshape(2 * x.shape[0], *x.shape[1:])
+
+
 def _additive(visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     zero = torch.zeros((), dtype=dtype, device=visible.device)
     return torch.where(visible, zero, torch.finfo(dtype).min)
@@ -217,6 +223,7 @@ class GraphRunner(StaticRunner):
         super().__init__(model, max_slots, max_steps, **options)
         self.pool = torch.cuda.graph_pool_handle()
         self.graphs: dict[tuple[int, int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.capture_failed: BaseException | None = None
         log.info(
             "CUDA graphs for %s: batch buckets %s, key buckets %s, text buckets %s",
             model.name,
@@ -226,10 +233,17 @@ class GraphRunner(StaticRunner):
         )
 
     def logits(self, batch: int, key_length: int, text_length: int) -> torch.Tensor:
+        if self.capture_failed is not None:
+            return self.forward(batch, key_length, text_length)
         key = (batch, key_length, text_length)
         entry = self.graphs.get(key)
         if entry is None:
-            entry = self._capture(*key)
+            try:
+                entry = self._capture(*key)
+            except Exception as error:  # keep serving, without graphs, and say why once
+                log.exception("CUDA graph capture failed for %s; running the static step eagerly", key)
+                self.capture_failed = error
+                return self.forward(batch, key_length, text_length)
             self.graphs[key] = entry
         graph, output = entry
         graph.replay()
