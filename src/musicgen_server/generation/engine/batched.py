@@ -12,7 +12,6 @@ needs them.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -37,10 +36,6 @@ class _Job:
     stream: StreamDecoder | None = None
     started: float = 0.0
     chunks: list[np.ndarray] = field(default_factory=list)
-
-
-def _use_cuda_graphs(model: LoadedModel) -> bool:
-    return model.device.type == "cuda" and os.environ.get("MUSICGEN_CUDA_GRAPHS", "1") != "0"
 
 
 class BatchedEngine:
@@ -122,7 +117,7 @@ class BatchedEngine:
         return clip_shape(duration, model.sample_rate, model.hop_length, model.codebooks_per_channel)
 
     def _make_runner(self):
-        if _use_cuda_graphs(self.model):
+        if self.model.device.type == "cuda":
             from musicgen_server.generation.engine.cuda_graphs import GraphRunner
 
             return GraphRunner(self.model, self.max_batch_size, self.max_steps)

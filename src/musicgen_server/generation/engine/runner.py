@@ -281,9 +281,11 @@ class Runner(SlotState):
     def __init__(self, model: LoadedModel, max_slots: int, max_steps: int, *, pack_weights: bool | None = None):
         parts = DecoderParts(model)
         super().__init__(parts, max_slots, max_steps)
+        # Never read before written (a request attends only to positions it wrote), so left
+        # uninitialised: on CPU the pages are committed as requests fill them, not up front.
         shape = (max_slots, 2, parts.heads, max_steps, parts.head_dim)
-        self.keys = [torch.zeros(shape, dtype=parts.dtype, device=parts.device) for _ in parts.layers]
-        self.values = [torch.zeros(shape, dtype=parts.dtype, device=parts.device) for _ in parts.layers]
+        self.keys = [torch.empty(shape, dtype=parts.dtype, device=parts.device) for _ in parts.layers]
+        self.values = [torch.empty(shape, dtype=parts.dtype, device=parts.device) for _ in parts.layers]
         self.cross: list[list[tuple[torch.Tensor, torch.Tensor]] | None] = [None] * max_slots
         self.linear = F.linear
         if pack_weights is None:
