@@ -223,7 +223,10 @@ class SlotState:
         self._cached_key = None
 
     def _index(self, values: list[int]) -> torch.Tensor:
-        return torch.tensor(values, dtype=torch.int64).to(self.device, non_blocking=True)
+        host = torch.tensor(values, dtype=torch.int64)
+        if self.device.type == "cuda":  # an asynchronous copy, never a wait for the device
+            return host.pin_memory().to(self.device, non_blocking=True)
+        return host
 
     def membership(self, batch: list[SlotStep]) -> dict:
         """Index tensors and settings for this set of running slots, rebuilt only when requests
