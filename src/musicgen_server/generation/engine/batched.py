@@ -163,26 +163,29 @@ class BatchedEngine:
     def _intake(self, scheduler: Scheduler) -> bool:
         """New submissions into the queue, cancellations out; wait while there is nothing to
         do. False once the engine is closed and idle."""
-        with self._wakeup:
-            while True:
+        while True:
+            with self._wakeup:
                 for sequence in self._incoming:
                     scheduler.add(sequence)
                 self._incoming = []
-                if self._closed:
-                    for sequence in scheduler.waiting:
-                        scheduler.release(sequence)
-                        sequence.payload.handle.cancelled()
-                for sequence in scheduler.waiting + scheduler.running:
-                    handle = sequence.payload.handle
-                    if handle.cancel_requested or handle.done():
-                        scheduler.release(sequence)
-                        if sequence.slot is not None:
-                            self.runner.release(sequence.slot)
-                        if not handle.done():
-                            handle.cancelled()
-                self._counts(scheduler)
-                if not scheduler.idle:
-                    return True
+                closed = self._closed
+            dropped = []
+            for sequence in scheduler.waiting + scheduler.running:
+                handle = sequence.payload.handle
+                if handle.cancel_requested or handle.done() or (closed and sequence.slot is None):
+                    scheduler.release(sequence)
+                    if sequence.slot is not None:
+                        self.runner.release(sequence.slot)
+                    dropped.append(handle)
+            for handle in dropped:  # outside the lock: a handle's callbacks may call us
+                if not handle.done():
+                    handle.cancelled()
+            self._counts(scheduler)
+            if not scheduler.idle:
+                return True
+            with self._wakeup:
+                if self._incoming:
+                    continue
                 if self._closed:
                     return False
                 self._wakeup.wait()
@@ -215,7 +218,7 @@ class BatchedEngine:
             try:
                 self._stream(sequence, job, available)
                 if id(sequence) in finished:
-                    self._finish(sequence, job, plan)
+                    self._finish(sequence, job)
             except Exception as error:
                 log.exception("decoding %s failed on %s", sequence.request_id, self.model.name)
                 scheduler.release(sequence)
@@ -232,7 +235,7 @@ class BatchedEngine:
             job.chunks.append(chunk)
             job.handle.emit_chunk(chunk)
 
-    def _finish(self, sequence: Sequence, job: _Job, plan: StepPlan) -> None:
+    def _finish(self, sequence: Sequence, job: _Job) -> None:
         model = self.model
         shape = job.shape
         codes = self.runner.codes(sequence.slot, 0, shape.frames).cpu().numpy()
