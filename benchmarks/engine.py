@@ -68,54 +68,55 @@ def build_musicgen_small(device: torch.device, dtype: torch.dtype) -> LoadedMode
         T5Config,
     )
 
-    text = T5Config(
-        vocab_size=32128,
-        d_model=768,
-        d_kv=64,
-        d_ff=3072,
-        num_layers=12,
-        num_heads=12,
-        relative_attention_num_buckets=32,
-        feed_forward_proj="relu",
-        is_encoder_decoder=False,
-    )
-    codec = EncodecConfig(
-        audio_channels=1,
-        sampling_rate=32000,
-        chunk_length_s=None,
-        overlap=None,
-        codebook_size=2048,
-        codebook_dim=128,
-        hidden_size=128,
-        num_filters=64,
-        num_lstm_layers=2,
-        num_residual_layers=1,
-        upsampling_ratios=[8, 5, 4, 4],
-        target_bandwidths=[2.2],
-        norm_type="weight_norm",
-        normalize=False,
-        use_causal_conv=False,
-        pad_mode="reflect",
-        trim_right_ratio=1.0,
-        compress=2,
-        dilation_growth_rate=2,
-        kernel_size=7,
-        last_kernel_size=7,
-        residual_kernel_size=3,
-        use_conv_shortcut=False,
-    )
-    decoder = MusicgenDecoderConfig(
-        vocab_size=2048,
-        max_position_embeddings=2048,
-        num_hidden_layers=24,
-        ffn_dim=4096,
-        num_attention_heads=16,
-        hidden_size=1024,
-        num_codebooks=4,
-        audio_channels=1,
-        activation_function="gelu",
-    )
-    config = MusicgenConfig(text_encoder=text, audio_encoder=codec, decoder=decoder)
+    with quiet_transformers():  # its pad id check is noise for MusicGen configs
+        text = T5Config(
+            vocab_size=32128,
+            d_model=768,
+            d_kv=64,
+            d_ff=3072,
+            num_layers=12,
+            num_heads=12,
+            relative_attention_num_buckets=32,
+            feed_forward_proj="relu",
+            is_encoder_decoder=False,
+        )
+        codec = EncodecConfig(
+            audio_channels=1,
+            sampling_rate=32000,
+            chunk_length_s=None,
+            overlap=None,
+            codebook_size=2048,
+            codebook_dim=128,
+            hidden_size=128,
+            num_filters=64,
+            num_lstm_layers=2,
+            num_residual_layers=1,
+            upsampling_ratios=[8, 5, 4, 4],
+            target_bandwidths=[2.2],
+            norm_type="weight_norm",
+            normalize=False,
+            use_causal_conv=False,
+            pad_mode="reflect",
+            trim_right_ratio=1.0,
+            compress=2,
+            dilation_growth_rate=2,
+            kernel_size=7,
+            last_kernel_size=7,
+            residual_kernel_size=3,
+            use_conv_shortcut=False,
+        )
+        decoder = MusicgenDecoderConfig(
+            vocab_size=2048,
+            max_position_embeddings=2048,
+            num_hidden_layers=24,
+            ffn_dim=4096,
+            num_attention_heads=16,
+            hidden_size=1024,
+            num_codebooks=4,
+            audio_channels=1,
+            activation_function="gelu",
+        )
+        config = MusicgenConfig(text_encoder=text, audio_encoder=codec, decoder=decoder)
     started = time.perf_counter()
     with quiet_transformers(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
