@@ -26,8 +26,10 @@ The last line printed is one JSON object with the headline numbers.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
+import math
 import statistics
 import sys
 import threading
@@ -38,12 +40,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from musicgen_server.generation import GenerationParams, GenerationRequest  # noqa: E402
-from musicgen_server.generation.engine import BatchedEngine  # noqa: E402
-from musicgen_server.generation.params import clip_shape  # noqa: E402
-from musicgen_server.models import tiny  # noqa: E402
-from musicgen_server.models.hf_logging import quiet_transformers  # noqa: E402
-from musicgen_server.models.loading import LoadedModel  # noqa: E402
+from musicgen_server.generation import GenerationParams, GenerationRequest
+from musicgen_server.generation.engine import BatchedEngine
+from musicgen_server.generation.params import clip_shape
+from musicgen_server.models import tiny
+from musicgen_server.models.hf_logging import quiet_transformers
+from musicgen_server.models.loading import LoadedModel
 
 PROMPTS = [
     "upbeat electronic music with drums",
@@ -179,11 +181,13 @@ class StepClock:
 
 
 def median_step_ms(times: list[float]) -> float:
-    gaps = [b - a for a, b in zip(times, times[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     return statistics.median(gaps) * 1000 if gaps else float("nan")
 
 
-def transformers_generate(model: LoadedModel, prompts: list[str], duration: float, clock: StepClock | None = None):
+def transformers_generate(
+    model: LoadedModel, prompts: list[str], duration: float, clock: StepClock | None = None
+):
     inputs = model.processor(text=prompts, padding=True, return_tensors="pt").to(model.device)
     with torch.inference_mode(), quiet_transformers():
         audio = model.model.generate(
@@ -204,7 +208,7 @@ def _transformers_step_ms(model: LoadedModel, request: tuple[str, float]) -> flo
 
 
 def _number(value: float, digits: int) -> float | None:
-    return None if value != value else round(value, digits)  # NaN (skipped) -> null
+    return None if math.isnan(value) else round(value, digits)  # skipped -> null
 
 
 def sync(model: LoadedModel) -> None:
@@ -246,7 +250,9 @@ def run_engine(engine: BatchedEngine, requests, gap: float = 0.0, seed: int = 0)
         while (wait := due - time.perf_counter()) > 0:
             time.sleep(wait)
         submitted[index] = time.perf_counter()
-        handle = engine.submit(GenerationRequest(prompt, GenerationParams(duration=duration, seed=seed + index)))
+        handle = engine.submit(
+            GenerationRequest(prompt, GenerationParams(duration=duration, seed=seed + index))
+        )
         handles.append(handle)
         thread = threading.Thread(target=consume, args=(index, handle), daemon=True)
         thread.start()
@@ -275,9 +281,13 @@ def engine_step_ms(engine: BatchedEngine, duration: float) -> tuple[float, float
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=8, help="number of requests (default 8)")
-    parser.add_argument("--duration", type=float, default=4.0, help="mean seconds of audio per request (default 4)")
+    parser.add_argument(
+        "--duration", type=float, default=4.0, help="mean seconds of audio per request (default 4)"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default=None, help="float32 (CPU default), bfloat16 (CUDA default), float16")
+    parser.add_argument(
+        "--dtype", default=None, help="float32 (CPU default), bfloat16 (CUDA default), float16"
+    )
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     parser.add_argument("--quick", action="store_true", help="8 requests of about 1 s")
@@ -304,9 +314,14 @@ def main(argv: list[str] | None = None) -> dict:
         f"{threads} CPU threads; built in {model.load_seconds:.1f}s",
         flush=True,
     )
-    print(f"{len(requests)} requests, durations {[d for _, d in requests]} s ({audio:.2f} s of audio)", flush=True)
+    print(
+        f"{len(requests)} requests, durations {[d for _, d in requests]} s ({audio:.2f} s of audio)",
+        flush=True,
+    )
 
-    engine = BatchedEngine(model, max_batch_size=args.max_batch_size, max_duration=longest, cpu_threads=threads)
+    engine = BatchedEngine(
+        model, max_batch_size=args.max_batch_size, max_duration=longest, cpu_threads=threads
+    )
     engine.wait_ready()
     # Warm-up: first calls allocate and pick kernels; nothing below is timed with them.
     transformers_generate(model, [PROMPTS[0]], 0.1)
@@ -340,7 +355,7 @@ def main(argv: list[str] | None = None) -> dict:
         ("engine_staggered", staggered_wall, f"one every {gap:.2f} s; mean batch {staggered_batch:.1f}"),
     ]
     print()
-    print(f"| mode | wall s | audio s / wall s | x sequential | notes |")
+    print("| mode | wall s | audio s / wall s | x sequential | notes |")
     print("| --- | ---: | ---: | ---: | --- |")
     for name, wall, note in rows:
         ratio = results[name] / results["baseline_sequential"]

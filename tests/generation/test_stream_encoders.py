@@ -24,7 +24,9 @@ def clip(channels: int, samples: int, seed: int = 0) -> np.ndarray:
 
 def tones(channels: int, samples: int) -> np.ndarray:
     time = np.arange(samples) / RATE
-    return np.stack([0.3 * np.sin(2 * np.pi * (220 + 110 * c) * time) for c in range(channels)]).astype(np.float32)
+    return np.stack([0.3 * np.sin(2 * np.pi * (220 + 110 * c) * time) for c in range(channels)]).astype(
+        np.float32
+    )
 
 
 def pieces(samples: np.ndarray, sizes=(1000, 16000, 7, 20000)) -> list[np.ndarray]:
@@ -113,7 +115,9 @@ def test_a_generation_streams_as_a_complete_wav(tiny_model):
         assert len(parts) >= 3
         decoded, _ = sf.read(io.BytesIO(b"".join(parts)), dtype="float32")
         assert decoded.shape == (total,)
-        written, _ = sf.read(io.BytesIO(audio.encode(handle.result().samples, tiny_model.sample_rate)), dtype="float32")
+        written, _ = sf.read(
+            io.BytesIO(audio.encode(handle.result().samples, tiny_model.sample_rate)), dtype="float32"
+        )
         np.testing.assert_array_equal(decoded, written)
     finally:
         engine.close()

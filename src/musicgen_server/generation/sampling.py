@@ -124,7 +124,9 @@ def sample(logits: torch.Tensor, settings: SamplingSettings, steps: torch.Tensor
     return codes
 
 
-def _sample_group(logits: torch.Tensor, settings: SamplingSettings, steps: torch.Tensor, width: int) -> torch.Tensor:
+def _sample_group(
+    logits: torch.Tensor, settings: SamplingSettings, steps: torch.Tensor, width: int
+) -> torch.Tensor:
     """`sample` for rows that all draw among `width` candidates."""
     codebooks, vocab = logits.shape[1], logits.shape[2]
     if width == 1:

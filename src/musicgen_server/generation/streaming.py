@@ -109,7 +109,9 @@ class WavStream(PcmStream):
             b"RIFF"
             + struct.pack("<I", riff_size)
             + b"WAVEfmt "
-            + struct.pack("<IHHIIHH", 16, 1, self.channels, self.sample_rate, self.sample_rate * block, block, 16)
+            + struct.pack(
+                "<IHHIIHH", 16, 1, self.channels, self.sample_rate, self.sample_rate * block, block, 16
+            )
             + b"data"
             + struct.pack("<I", data_size)
         )
@@ -166,13 +168,13 @@ class OggStream:
 
     format = "ogg"
     media_type = "audio/ogg"
-    headers: dict[str, str] = {}
 
     def __init__(self, sample_rate: int, channels: int, total_samples: int | None = None):
         self.sample_rate = sample_rate
         self.channels = channels
         self.total_samples = total_samples
         self.samples_written = 0
+        self.headers: dict[str, str] = {}
         self._buffer = _DrainBuffer()
         self._file = sf.SoundFile(self._buffer, "w", sample_rate, channels, "VORBIS", format="OGG")
 
@@ -202,7 +204,9 @@ class OggStream:
 StreamEncoder = PcmStream | WavStream | OggStream
 
 
-def stream_encoder(fmt: str, sample_rate: int, channels: int, total_samples: int | None = None) -> StreamEncoder:
+def stream_encoder(
+    fmt: str, sample_rate: int, channels: int, total_samples: int | None = None
+) -> StreamEncoder:
     """An encoder for `wav`, `pcm` or `ogg`; `total_samples` (per channel) makes the WAV header
     exact."""
     name = fmt.lower().lstrip(".")

@@ -48,4 +48,3 @@ def generate_codes():
         return cache[key]
 
     return run
-

@@ -40,7 +40,13 @@ def test_duration_is_exact_to_the_sample(engine, duration):
     assert clip.samples.dtype == np.float32 and clip.sample_rate == 32000
     assert np.isfinite(clip.samples).all() and np.abs(clip.samples).max() > 0
     assert clip.codes.shape == (4, max(4, int(np.ceil(duration * 50))))
-    assert set(clip.timings) == {"queue_seconds", "generation_seconds", "audio_seconds", "real_time_factor", "batch_size"}
+    assert set(clip.timings) == {
+        "queue_seconds",
+        "generation_seconds",
+        "audio_seconds",
+        "real_time_factor",
+        "batch_size",
+    }
     assert clip.timings["audio_seconds"] == pytest.approx(duration, abs=1e-4)
 
 
@@ -116,7 +122,9 @@ def test_a_request_cancelled_while_waiting_never_runs(tiny_model):
 
 
 @pytest.mark.parametrize("variant", ["mono", "stereo"])
-def test_chunks_stream_while_generating_and_join_to_the_one_shot_decode(variant, engine, stereo_engine, tiny_model, tiny_stereo_model):
+def test_chunks_stream_while_generating_and_join_to_the_one_shot_decode(
+    variant, engine, stereo_engine, tiny_model, tiny_stereo_model
+):
     engine, model = (engine, tiny_model) if variant == "mono" else (stereo_engine, tiny_stereo_model)
     handle = engine.submit(request("bass and drums", duration=3.3, seed=9))
     chunks, steps_when_seen = [], []
@@ -130,7 +138,9 @@ def test_chunks_stream_while_generating_and_join_to_the_one_shot_decode(variant,
     assert first_frames == codec_module.FIRST_CHUNK_FRAMES
     joined = np.concatenate(chunks, axis=1)
     assert np.array_equal(joined, clip.samples)  # the result is the stream
-    one_shot = codec_module.decode(model, __import__("torch").from_numpy(clip.codes))[:, : clip.samples.shape[1]]
+    one_shot = codec_module.decode(model, __import__("torch").from_numpy(clip.codes))[
+        :, : clip.samples.shape[1]
+    ]
     # Measured: ~1e-7 (float rounding); EnCodec without the stream's context is off by ~1e-1.
     np.testing.assert_allclose(joined, one_shot, atol=1e-5)
     assert joined.shape == (model.channels, 105600)

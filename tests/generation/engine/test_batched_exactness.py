@@ -87,7 +87,7 @@ def test_greedy_audio_matches_generate_within_float_rounding(engine, tiny_model,
     np.testing.assert_allclose(clip.samples, expected_audio[:, :32000], atol=1e-5)
 
 
-SAMPLED = dict(duration=1.0, seed=1234)  # MusicGen's defaults: top_k 250, temperature 1, guidance 3
+SAMPLED = {"duration": 1.0, "seed": 1234}  # MusicGen's defaults: top_k 250, temperature 1, guidance 3
 
 
 def test_a_seed_gives_the_same_codes_alone_beside_others_or_joined_late(engine):
@@ -107,7 +107,9 @@ def test_a_seed_gives_the_same_codes_alone_beside_others_or_joined_late(engine):
 
     late_handles: list = []
     host = engine.submit(request("ambient drone", duration=2.0, seed=5))
-    fired = submit_when(host, 40, lambda: late_handles.append(engine.submit(request("warm jazz piano", **SAMPLED))))
+    fired = submit_when(
+        host, 40, lambda: late_handles.append(engine.submit(request("warm jazz piano", **SAMPLED)))
+    )
     host.result(timeout=60)
     assert fired.wait(30)
     late = late_handles[0].result(timeout=60)
@@ -123,7 +125,10 @@ def test_a_seed_gives_the_same_codes_alone_beside_others_or_joined_late(engine):
 
 def test_stereo_seed_identity_alone_and_batched(stereo_engine):
     alone = stereo_engine.submit(request("calm", duration=0.8, seed=9)).result(timeout=60)
-    handles = [stereo_engine.submit(request(p, duration=d, seed=s)) for p, d, s in [("rock", 1.2, 1), ("calm", 0.8, 9)]]
+    handles = [
+        stereo_engine.submit(request(p, duration=d, seed=s))
+        for p, d, s in [("rock", 1.2, 1), ("calm", 0.8, 9)]
+    ]
     together = [h.result(timeout=60) for h in handles][1]
     assert together.timings["batch_size"] > 1
     assert np.array_equal(together.codes, alone.codes) and np.array_equal(together.samples, alone.samples)
@@ -133,7 +138,10 @@ def test_stereo_seed_identity_alone_and_batched(stereo_engine):
 def test_sampling_equals_the_reference_engine_for_the_same_seeds(engine, tiny_model):
     reference = ReferenceEngine(tiny_model)
     try:
-        cases = [("calm piano", dict(duration=0.8, seed=21)), ("drums", dict(duration=0.8, seed=22, top_p=0.8))]
+        cases = [
+            ("calm piano", {"duration": 0.8, "seed": 21}),
+            ("drums", {"duration": 0.8, "seed": 22, "top_p": 0.8}),
+        ]
         ours = [engine.submit(request(p, **kw)) for p, kw in cases]
         theirs = [reference.submit(request(p, **kw)) for p, kw in cases]
         for mine, ref in zip(ours, theirs):

@@ -11,12 +11,14 @@ from musicgen_server.generation.engine.cuda_graphs import StaticRunner
 from musicgen_server.generation.engine.runner import Runner, SlotStep, probe_rows
 from musicgen_server.generation.params import GenerationParams, clip_shape
 
-GREEDY = dict(top_k=1, seed=1)
+GREEDY = {"top_k": 1, "seed": 1}
 
 
 def admit(runner, slot, model, prompt, duration, guidance=3.0):
     shape = clip_shape(duration, model.sample_rate, model.hop_length, model.codebooks_per_channel)
-    runner.admit(slot, prompt, GenerationParams(duration=duration, guidance_scale=guidance, **GREEDY), shape.frames)
+    runner.admit(
+        slot, prompt, GenerationParams(duration=duration, guidance_scale=guidance, **GREEDY), shape.frames
+    )
     return shape
 
 
@@ -34,7 +36,12 @@ def test_logits_are_bit_identical_alone_or_in_any_batch(tiny_model, guided, pack
         alone.choose(*solo[-1], batch, torch.tensor([step]))
 
     crowd = Runner(tiny_model, max_slots=8, max_steps=80, pack_weights=pack)
-    others = [("drums", 3.0), ("a much longer prompt about strings and brass", 1.0), ("x", 2.0), ("bass", 1.0)]
+    others = [
+        ("drums", 3.0),
+        ("a much longer prompt about strings and brass", 1.0),
+        ("x", 2.0),
+        ("bass", 1.0),
+    ]
     # bass and the long prompt run without guidance: single rows, so the padding is exercised
     for slot, (prompt, scale) in enumerate(others):
         admit(crowd, slot, tiny_model, prompt, 1.0, scale)
@@ -93,7 +100,11 @@ def test_packed_weights_give_the_same_tokens_as_plain_products(tiny_model):
 def test_static_step_gives_generates_tokens(variant, tiny_model, tiny_stereo_model, generate_codes):
     model = tiny_model if variant == "mono" else tiny_stereo_model
     runner = StaticRunner(model, max_slots=4, max_steps=80)
-    cases = [("calm piano with rain", 0.9, 3.0), ("upbeat electronic music with drums", 0.5, 1.0), ("x", 0.3, 3.0)]
+    cases = [
+        ("calm piano with rain", 0.9, 3.0),
+        ("upbeat electronic music with drums", 0.5, 1.0),
+        ("x", 0.3, 3.0),
+    ]
     plans = {}
     for slot, (prompt, duration, guidance) in enumerate(cases):
         if slot == 1:

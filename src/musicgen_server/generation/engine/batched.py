@@ -70,7 +70,9 @@ class BatchedEngine:
         validate_request(request, self.max_duration)
         request = replace(request, params=request.params.with_seed())
         shape = self._shape_for(request.params.duration)
-        handle = GenerationHandle(request, model=self.model.name, seed=request.params.seed, steps_total=shape.steps)
+        handle = GenerationHandle(
+            request, model=self.model.name, seed=request.params.seed, steps_total=shape.steps
+        )
         sequence = Sequence(
             request_id=request.request_id,
             steps_total=shape.steps,
@@ -239,7 +241,9 @@ class BatchedEngine:
         model = self.model
         shape = job.shape
         codes = self.runner.codes(sequence.slot, 0, shape.frames).cpu().numpy()
-        samples = np.concatenate(job.chunks, axis=1) if job.chunks else np.zeros((model.channels, 0), np.float32)
+        samples = (
+            np.concatenate(job.chunks, axis=1) if job.chunks else np.zeros((model.channels, 0), np.float32)
+        )
         elapsed = time.perf_counter() - job.started
         handle = job.handle
         audio_seconds = shape.samples / model.sample_rate
@@ -260,4 +264,3 @@ class BatchedEngine:
                 },
             )
         )
-

@@ -79,7 +79,9 @@ class _Channel:
 class StreamDecoder:
     """Turns the codes of one request, as their frames complete, into audio chunks."""
 
-    def __init__(self, model, frames: int, samples: int, *, first: int = FIRST_CHUNK_FRAMES, every: int = CHUNK_FRAMES):
+    def __init__(
+        self, model, frames: int, samples: int, *, first: int = FIRST_CHUNK_FRAMES, every: int = CHUNK_FRAMES
+    ):
         codec = model.model.audio_encoder
         self.model = model
         self.codec = codec

@@ -39,9 +39,9 @@ from musicgen_server.generation.engine.runner import (
     DecoderParts,
     SlotState,
     SlotStep,
-    layer_norm,
     cross_keys_values,
     encode_prompt,
+    layer_norm,
 )
 from musicgen_server.generation.params import GenerationParams
 from musicgen_server.models.loading import LoadedModel
@@ -62,7 +62,9 @@ def _bucket(value: int, buckets: list[int]) -> int:
 class StaticRunner(SlotState):
     """The static-shape step; `GraphRunner` captures it in CUDA graphs."""
 
-    def __init__(self, model: LoadedModel, max_slots: int, max_steps: int, *, text_capacity: int | None = None):
+    def __init__(
+        self, model: LoadedModel, max_slots: int, max_steps: int, *, text_capacity: int | None = None
+    ):
         parts = DecoderParts(model)
         super().__init__(parts, max_slots, max_steps)
         device, dtype = parts.device, parts.dtype
@@ -81,9 +83,13 @@ class StaticRunner(SlotState):
         self.positions = torch.zeros(max_slots, dtype=torch.int64, device=device)
         self.key_positions = torch.arange(max_steps, device=device)
         self.text_positions = torch.arange(self.text_capacity, device=device)
-        self.batch_buckets = sorted({1 << i for i in range(max_slots.bit_length()) if (1 << i) <= max_slots} | {max_slots})
+        self.batch_buckets = sorted(
+            {1 << i for i in range(max_slots.bit_length()) if (1 << i) <= max_slots} | {max_slots}
+        )
         self.key_buckets = sorted({size for size in KEY_BUCKETS if size < max_steps} | {max_steps})
-        self.text_buckets = sorted({size for size in TEXT_BUCKETS if size < self.text_capacity} | {self.text_capacity})
+        self.text_buckets = sorted(
+            {size for size in TEXT_BUCKETS if size < self.text_capacity} | {self.text_capacity}
+        )
         self._rows: dict[int, dict[str, torch.Tensor]] = {}
 
     # -- requests ---------------------------------------------------------------------------

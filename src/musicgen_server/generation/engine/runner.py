@@ -106,7 +106,9 @@ def encode_prompt(parts: DecoderParts, prompt: str) -> torch.Tensor:
     """The text as the decoder's cross-attention sees it, exactly as transformers' generate()
     prepares it for this prompt alone: T5 encoder, `enc_to_dec_proj`, times the attention mask."""
     model = parts.model
-    inputs = model.processor(text=[prompt], padding=True, truncation=True, return_tensors="pt").to(parts.device)
+    inputs = model.processor(text=[prompt], padding=True, truncation=True, return_tensors="pt").to(
+        parts.device
+    )
     musicgen = parts.musicgen
     states = musicgen.text_encoder(
         input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], return_dict=True
@@ -178,7 +180,11 @@ class PackedLinear:
 
     @staticmethod
     def available(parts: DecoderParts) -> bool:
-        return parts.device.type == "cpu" and parts.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+        return (
+            parts.device.type == "cpu"
+            and parts.dtype == torch.float32
+            and torch.backends.mkldnn.is_available()
+        )
 
     def __call__(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         packed = self._packed.get(id(weight))
@@ -250,7 +256,9 @@ class SlotState:
             self._cached_key = key
         return self._cached
 
-    def choose(self, cond: torch.Tensor, uncond: torch.Tensor, batch: list[SlotStep], steps: torch.Tensor) -> None:
+    def choose(
+        self, cond: torch.Tensor, uncond: torch.Tensor, batch: list[SlotStep], steps: torch.Tensor
+    ) -> None:
         """Guidance, sampling and the delay pattern for the running slots: record the codes and
         set each slot's next input codes."""
         members = self.membership(batch)
@@ -281,7 +289,9 @@ class SlotState:
 class Runner(SlotState):
     """The eager batched step (CPU, or any device without CUDA graphs)."""
 
-    def __init__(self, model: LoadedModel, max_slots: int, max_steps: int, *, pack_weights: bool | None = None):
+    def __init__(
+        self, model: LoadedModel, max_slots: int, max_steps: int, *, pack_weights: bool | None = None
+    ):
         parts = DecoderParts(model)
         super().__init__(parts, max_slots, max_steps)
         # Never read before written (a request attends only to positions it wrote), so left
@@ -438,12 +448,4 @@ class Runner(SlotState):
 
 def layer_norm(x: torch.Tensor, norm: torch.nn.LayerNorm) -> torch.Tensor:
     return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
-
-
-def cache_bytes(model: LoadedModel, max_slots: int, max_steps: int) -> int:
-    """Memory of the KV cache a runner allocates."""
-    config = model.model.decoder.config
-    element = torch.tensor([], dtype=model.dtype).element_size()
-    per_layer = 2 * max_slots * 2 * config.hidden_size * max_steps * element
-    return per_layer * config.num_hidden_layers
 
