@@ -36,7 +36,9 @@ class Settings(BaseSettings):
     hub_timeout: float = Field(5.0, gt=0, description="Seconds to wait for the Hugging Face Hub.")
 
     # --- generation -------------------------------------------------------------------------
-    engine: Literal["batched", "reference"] = "reference"
+    engine: Literal["batched", "reference"] = Field(
+        "batched", description="batched (continuous batching, the default) or reference (transformers' generate())."
+    )
     cpu_threads: int | None = Field(
         None, ge=1, description="Threads an engine uses on CPU; unset keeps torch's default."
     )

@@ -46,13 +46,17 @@ def uniforms(seeds: torch.Tensor, steps: torch.Tensor, num_codebooks: int) -> to
 
 @dataclass
 class SamplingSettings:
-    """Per-request settings as tensors on the engine's device, one row per request."""
+    """Per-request settings as tensors on the engine's device, one row per request.
+
+    `top_k_values` is the same top-k on the host: `sample` chooses how many candidates to keep
+    from it, so no device value is read back mid-step."""
 
     temperature: torch.Tensor  # (B,) float32
     top_k: torch.Tensor  # (B,) int64, 0 = off
     top_p: torch.Tensor  # (B,) float32, 0 or 1 = off
     guidance: torch.Tensor  # (B,) float32, 1 = off
     seeds: torch.Tensor  # (B,) int64
+    top_k_values: tuple[int, ...] | None = None
 
     @classmethod
     def from_params(cls, params: list, device: torch.device | str) -> SamplingSettings:
@@ -63,6 +67,24 @@ class SamplingSettings:
             top_p=torch.tensor([p.top_p for p in params], dtype=torch.float32, device=device),
             guidance=torch.tensor([p.guidance_scale for p in params], dtype=torch.float32, device=device),
             seeds=torch.tensor([p.seed for p in params], dtype=torch.int64, device=device),
+            top_k_values=tuple(int(p.top_k) for p in params),
+        )
+
+    def host_top_k(self) -> tuple[int, ...]:
+        if self.top_k_values is None:
+            self.top_k_values = tuple(int(k) for k in self.top_k.tolist())
+        return self.top_k_values
+
+    def select(self, index: torch.Tensor, rows: list[int]) -> SamplingSettings:
+        """The settings of some rows (`index` on the device, the same `rows` on the host)."""
+        top_k = self.host_top_k()
+        return SamplingSettings(
+            temperature=self.temperature[index],
+            top_k=self.top_k[index],
+            top_p=self.top_p[index],
+            guidance=self.guidance[index],
+            seeds=self.seeds[index],
+            top_k_values=tuple(top_k[row] for row in rows),
         )
 
 
@@ -77,16 +99,44 @@ def guide(cond: torch.Tensor, uncond: torch.Tensor | None, guidance: torch.Tenso
     return torch.where(scale == 1.0, cond, guided)
 
 
+def candidate_width(top_k: int, vocab: int) -> int:
+    """How many of the likeliest codes a request draws from: its own top-k (all codes when top-k
+    is off). It depends on the request alone, never on its batch-mates: the width changes the
+    length of the softmax and cumulative sums, and so their float rounding."""
+    return top_k if 0 < top_k < vocab else vocab
+
+
 def sample(logits: torch.Tensor, settings: SamplingSettings, steps: torch.Tensor) -> torch.Tensor:
-    """Next codes (B, C) from guided logits (B, C, V) at each request's own step."""
-    batch, codebooks, vocab = logits.shape
+    """Next codes (B, C) from guided logits (B, C, V) at each request's own step.
+
+    Each request keeps only its own top-k candidates (a partial `topk`, not a sort of the whole
+    vocabulary) and requests asking for different top-k are sampled in separate groups, so a
+    request's codes are the same whatever else shares its batch. top_k=1 is the plain argmax."""
+    batch, _, vocab = logits.shape
+    widths = [candidate_width(k, vocab) for k in settings.host_top_k()]
+    if len(set(widths)) <= 1:
+        return _sample_group(logits, settings, steps, widths[0] if widths else vocab)
+    codes = torch.empty(logits.shape[:2], dtype=torch.int64, device=logits.device)
+    for width in sorted(set(widths)):
+        rows = [row for row in range(batch) if widths[row] == width]
+        index = torch.tensor(rows, dtype=torch.int64, device=logits.device)
+        codes[index] = _sample_group(logits[index], settings.select(index, rows), steps[index], width)
+    return codes
+
+
+def _sample_group(
+    logits: torch.Tensor, settings: SamplingSettings, steps: torch.Tensor, width: int
+) -> torch.Tensor:
+    """`sample` for rows that all draw among `width` candidates."""
+    codebooks, vocab = logits.shape[1], logits.shape[2]
+    if width == 1:
+        return logits.argmax(dim=-1)
     logits = logits.float()
-    ordered, order = torch.sort(logits, dim=-1, descending=True)
-    ordered = ordered / settings.temperature.view(-1, 1, 1)
-    ranks = torch.arange(vocab, device=logits.device)
-    k = torch.where(settings.top_k > 0, settings.top_k, vocab).clamp(max=vocab)
-    ordered = ordered.masked_fill(ranks.view(1, 1, -1) >= k.view(-1, 1, 1), float("-inf"))
-    probs = torch.softmax(ordered, dim=-1)
+    if width >= vocab:
+        ordered, order = torch.sort(logits, dim=-1, descending=True)
+    else:
+        ordered, order = torch.topk(logits, width, dim=-1, largest=True, sorted=True)
+    probs = torch.softmax(ordered / settings.temperature.view(-1, 1, 1), dim=-1)
     # Nucleus: drop a code once the likelier ones already hold top_p of the mass (the first
     # code always stays).
     top_p = torch.where((settings.top_p > 0) & (settings.top_p < 1), settings.top_p, 1.0)
