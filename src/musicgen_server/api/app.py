@@ -13,7 +13,7 @@ from musicgen_server import __version__
 from musicgen_server.api import errors
 from musicgen_server.api.deps import get_owner
 from musicgen_server.api.middleware import BodyLimit, RequestLog
-from musicgen_server.api.routes import audio, generate, health, jobs, metrics, models, web
+from musicgen_server.api.routes import audio, generate, health, jobs, metrics, models, stream, web
 from musicgen_server.api.service import Service
 from musicgen_server.config import Settings
 
@@ -55,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(generate.router, dependencies=keyed)
+    app.include_router(stream.router, dependencies=keyed)
     app.include_router(jobs.router, dependencies=keyed)
     app.include_router(audio.router, dependencies=keyed)
     app.include_router(models.router, dependencies=keyed)

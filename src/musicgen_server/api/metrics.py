@@ -121,6 +121,12 @@ class _StateCollector(Collector):
             "musicgen_model_load_seconds", "Time the model in memory took to load.", labels=["model"]
         )
         ready = GaugeMetricFamily("musicgen_ready", "1 when the default model is loaded and warmed up.")
+        engine_active = GaugeMetricFamily(
+            "musicgen_engine_active_requests", "Requests decoding in an engine (jobs and streams).", labels=["model"]
+        )
+        engine_pending = GaugeMetricFamily(
+            "musicgen_engine_pending_requests", "Requests waiting for an engine slot.", labels=["model"]
+        )
         if with_values:
             counts = service.store.counts()
             for status in STATUSES:
@@ -135,4 +141,7 @@ class _StateCollector(Collector):
                 model_info.add_metric([model.name, info["device"], info["dtype"]], 1)
                 load_time.add_metric([model.name], model.load_seconds)
             ready.add_metric([], 1 if service.readiness()[0] else 0)
-        return [jobs, depth, in_flight, loaded, model_info, load_time, ready]
+            for engine in service.generator.engines():
+                engine_active.add_metric([engine.model.name], engine.active)
+                engine_pending.add_metric([engine.model.name], engine.pending)
+        return [jobs, depth, in_flight, loaded, model_info, load_time, ready, engine_active, engine_pending]

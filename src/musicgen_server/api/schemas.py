@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from musicgen_server.errors import MusicgenError
 from musicgen_server.generation import audio
 from musicgen_server.generation.params import GenerationParams
+from musicgen_server.generation.streaming import STREAM_FORMATS
 from musicgen_server.jobs.store import COMPLETED, QUEUED, RUNNING, Job
 
 JobStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
@@ -84,6 +85,35 @@ class GenerateRequest(BaseModel):
         """The GenerationParams fields the request set."""
         fields = ("duration", "temperature", "top_k", "top_p", "guidance_scale", "seed")
         return {name: getattr(self, name) for name in fields if getattr(self, name) is not None}
+
+
+class StreamRequest(GenerateRequest):
+    """POST /generate/stream: the same fields, with the stream formats."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        allow_inf_nan=False,
+        json_schema_extra={"examples": [{"prompt": "upbeat electronic music", "duration": 10, "format": "wav"}]},
+    )
+
+    format: str = Field("wav", description=f"Stream format: {', '.join(STREAM_FORMATS)} (s16le).")
+
+    @field_validator("format", mode="before")
+    @classmethod
+    def _format(cls, value: object) -> object:
+        if isinstance(value, str):
+            name = value.strip().lower().lstrip(".")
+            if name not in STREAM_FORMATS:
+                raise ValueError(f"'{value}' cannot be streamed: choose one of {', '.join(STREAM_FORMATS)}")
+            return name
+        return value
+
+    @field_validator("normalize", mode="before")
+    @classmethod
+    def _normalize(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() != "none":
+            raise ValueError("a stream cannot be normalised (that needs the whole clip): use POST /generate")
+        return value
 
 
 class GenerateResponse(BaseModel):
