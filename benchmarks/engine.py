@@ -45,7 +45,7 @@ from musicgen_server.generation.engine import BatchedEngine
 from musicgen_server.generation.params import clip_shape
 from musicgen_server.models import tiny
 from musicgen_server.models.hf_logging import quiet_transformers
-from musicgen_server.models.loading import LoadedModel
+from musicgen_server.models.loading import LoadedModel, describe_loaded
 
 PROMPTS = [
     "upbeat electronic music with drums",
@@ -62,8 +62,6 @@ PROMPTS = [
 def build_musicgen_small(device: torch.device, dtype: torch.dtype) -> LoadedModel:
     """facebook/musicgen-small's architecture (its config.json values) with seeded random weights."""
     from transformers import (
-        EncodecConfig,
-        GenerationConfig,
         MusicgenConfig,
         MusicgenDecoderConfig,
         MusicgenForConditionalGeneration,
@@ -82,31 +80,7 @@ def build_musicgen_small(device: torch.device, dtype: torch.dtype) -> LoadedMode
             feed_forward_proj="relu",
             is_encoder_decoder=False,
         )
-        codec = EncodecConfig(
-            audio_channels=1,
-            sampling_rate=32000,
-            chunk_length_s=None,
-            overlap=None,
-            codebook_size=2048,
-            codebook_dim=128,
-            hidden_size=128,
-            num_filters=64,
-            num_lstm_layers=2,
-            num_residual_layers=1,
-            upsampling_ratios=[8, 5, 4, 4],
-            target_bandwidths=[2.2],
-            norm_type="weight_norm",
-            normalize=False,
-            use_causal_conv=False,
-            pad_mode="reflect",
-            trim_right_ratio=1.0,
-            compress=2,
-            dilation_growth_rate=2,
-            kernel_size=7,
-            last_kernel_size=7,
-            residual_kernel_size=3,
-            use_conv_shortcut=False,
-        )
+        codec = tiny.encodec_32k_config(codebook_dim=128, hidden_size=128, num_filters=64, num_lstm_layers=2)
         decoder = MusicgenDecoderConfig(
             vocab_size=2048,
             max_position_embeddings=2048,
@@ -123,35 +97,12 @@ def build_musicgen_small(device: torch.device, dtype: torch.dtype) -> LoadedMode
     with quiet_transformers(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = MusicgenForConditionalGeneration(config)
-        tiny._fill_codebooks(model)
-        model.generation_config = GenerationConfig(
-            bos_token_id=2048,
-            decoder_start_token_id=2048,
-            pad_token_id=2048,
-            do_sample=True,
-            guidance_scale=3.0,
-            top_k=250,
-        )
+        tiny.fill_codebooks(model)
+        model.generation_config = tiny.musicgen_generation_config()
     model = model.to(device=device, dtype=dtype).eval()
-    model.requires_grad_(False)
-    return LoadedModel(
-        name="musicgen-small-architecture",
-        spec=None,
-        folder=None,
-        model=model,
-        processor=tiny._build_processor(),
-        device=device,
-        dtype=dtype,
-        architecture="musicgen",
-        sample_rate=32000,
-        frame_rate=50,
-        num_codebooks=4,
-        channels=1,
-        max_positions=2048,
-        trained=False,
-        weights_bytes=sum(p.numel() * p.element_size() for p in model.parameters()),
-        load_seconds=time.perf_counter() - started,
-    )
+    loaded = describe_loaded(model, tiny.build_processor(), None, None, "musicgen", started)
+    loaded.name = "musicgen-small-architecture"
+    return loaded
 
 
 def workload(count: int, duration: float) -> list[tuple[str, float]]:

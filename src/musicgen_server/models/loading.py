@@ -130,6 +130,42 @@ def _architecture(folder: Path, name: str) -> str:
     return model_type
 
 
+def describe_loaded(
+    model: Any,
+    processor: Any,
+    spec: ModelSpec | None,
+    folder: Path | None,
+    architecture: str,
+    started: float,
+) -> LoadedModel:
+    """A LoadedModel for a MusicGen model in memory, its facts read from its own config (also
+    used by the benchmark, which builds its model in memory instead of loading one)."""
+    model.requires_grad_(False)
+    config = model.config
+    codec = config.audio_encoder
+    decoder = config.decoder
+    sample_rate = int(codec.sampling_rate)
+    parameter = next(model.parameters())
+    return LoadedModel(
+        name=spec.name if spec is not None else config.name_or_path or "in-memory",
+        spec=spec,
+        folder=folder,
+        model=model,
+        processor=processor,
+        device=parameter.device,
+        dtype=parameter.dtype,
+        architecture=architecture,
+        sample_rate=sample_rate,
+        frame_rate=math.ceil(sample_rate / math.prod(codec.upsampling_ratios)),
+        num_codebooks=int(decoder.num_codebooks),
+        channels=int(getattr(decoder, "audio_channels", 1)),
+        max_positions=int(decoder.max_position_embeddings),
+        trained=spec is not None and spec.trained and not (folder and tiny.is_tiny_folder(folder)),
+        weights_bytes=sum(p.numel() * p.element_size() for p in model.parameters()),
+        load_seconds=time.perf_counter() - started,
+    )
+
+
 def load_model(
     name: str | ModelSpec,
     settings: Settings,
@@ -152,31 +188,7 @@ def load_model(
         except Exception as error:
             raise ModelLoadError(f"model '{spec.name}' failed to load from {folder}: {error}") from error
         model = model.to(target_device).eval()
-    model.requires_grad_(False)
-    config = model.config
-    codec = config.audio_encoder
-    decoder = config.decoder
-    sample_rate = int(codec.sampling_rate)
-    hop = math.prod(codec.upsampling_ratios)
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    loaded = LoadedModel(
-        name=spec.name,
-        spec=spec,
-        folder=folder,
-        model=model,
-        processor=processor,
-        device=target_device,
-        dtype=target_dtype,
-        architecture=architecture,
-        sample_rate=sample_rate,
-        frame_rate=math.ceil(sample_rate / hop),
-        num_codebooks=int(decoder.num_codebooks),
-        channels=int(getattr(decoder, "audio_channels", 1)),
-        max_positions=int(decoder.max_position_embeddings),
-        trained=spec.trained and not tiny.is_tiny_folder(folder),
-        weights_bytes=weights,
-        load_seconds=time.perf_counter() - started,
-    )
+    loaded = describe_loaded(model, processor, spec, folder, architecture, started)
     log.info(
         "loaded model %s (%s) on %s/%s in %.2fs",
         spec.name,

@@ -54,8 +54,6 @@ def _vocab() -> list[tuple[str, float]]:
 
 def _build_model(variant: str):
     from transformers import (
-        EncodecConfig,
-        GenerationConfig,
         MusicgenConfig,
         MusicgenDecoderConfig,
         MusicgenForConditionalGeneration,
@@ -75,33 +73,7 @@ def _build_model(variant: str):
         feed_forward_proj="relu",
         is_encoder_decoder=False,
     )
-    # EnCodec 32 kHz as in Meta's checkpoints (hop 8*5*4*4 = 640 samples -> 50 frames/s,
-    # 2048-entry codebooks, 4 of them at 2.2 kbps) with far fewer filters.
-    codec = EncodecConfig(
-        audio_channels=1,
-        sampling_rate=32000,
-        chunk_length_s=None,
-        overlap=None,
-        codebook_size=2048,
-        codebook_dim=16,
-        hidden_size=16,
-        num_filters=4,
-        num_lstm_layers=1,
-        num_residual_layers=1,
-        upsampling_ratios=[8, 5, 4, 4],
-        target_bandwidths=[2.2],
-        norm_type="weight_norm",
-        normalize=False,
-        use_causal_conv=False,
-        pad_mode="reflect",
-        trim_right_ratio=1.0,
-        compress=2,
-        dilation_growth_rate=2,
-        kernel_size=7,
-        last_kernel_size=7,
-        residual_kernel_size=3,
-        use_conv_shortcut=False,
-    )
+    codec = encodec_32k_config(codebook_dim=16, hidden_size=16, num_filters=4, num_lstm_layers=1)
     decoder = MusicgenDecoderConfig(
         vocab_size=2048,
         max_position_embeddings=2048,
@@ -118,8 +90,48 @@ def _build_model(variant: str):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(1234 if stereo else 1233)
         model = MusicgenForConditionalGeneration(config)
-        _fill_codebooks(model)
-    model.generation_config = GenerationConfig(
+        fill_codebooks(model)
+    model.generation_config = musicgen_generation_config()
+    return model
+
+
+def encodec_32k_config(**sizes):
+    """EnCodec as in Meta's MusicGen checkpoints: 32 kHz, hop 8*5*4*4 = 640 samples (50 frames
+    a second), four 2048-entry codebooks at 2.2 kbps; `sizes` sets the widths (filters, hidden
+    size, codebook dimension, LSTM layers)."""
+    from transformers import EncodecConfig
+
+    return EncodecConfig(
+        **{
+            "audio_channels": 1,
+            "sampling_rate": 32000,
+            "chunk_length_s": None,
+            "overlap": None,
+            "codebook_size": 2048,
+            "num_residual_layers": 1,
+            "upsampling_ratios": [8, 5, 4, 4],
+            "target_bandwidths": [2.2],
+            "norm_type": "weight_norm",
+            "normalize": False,
+            "use_causal_conv": False,
+            "pad_mode": "reflect",
+            "trim_right_ratio": 1.0,
+            "compress": 2,
+            "dilation_growth_rate": 2,
+            "kernel_size": 7,
+            "last_kernel_size": 7,
+            "residual_kernel_size": 3,
+            "use_conv_shortcut": False,
+            **sizes,
+        }
+    )
+
+
+def musicgen_generation_config():
+    """The generation settings Meta's checkpoints ship with."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig(
         bos_token_id=2048,
         decoder_start_token_id=2048,
         pad_token_id=2048,
@@ -128,10 +140,9 @@ def _build_model(variant: str):
         max_length=1500,
         top_k=250,
     )
-    return model
 
 
-def _fill_codebooks(model) -> None:
+def fill_codebooks(model) -> None:
     """EnCodec's codebooks start as zeros (a trained checkpoint overwrites them), which would make
     every code decode to the same sound. Random entries make the audio depend on the codes, as it
     does with real weights, so tests that compare audio compare something."""
@@ -143,7 +154,7 @@ def _fill_codebooks(model) -> None:
         codebook.cluster_size.fill_(1.0)
 
 
-def _build_processor():
+def build_processor():
     from transformers import EncodecFeatureExtractor, MusicgenProcessor, T5Tokenizer
 
     tokenizer = T5Tokenizer(vocab=_vocab(), model_max_length=512)
@@ -181,7 +192,7 @@ def build_tiny(variant: str, folder: Path) -> Path:
 
         with quiet_transformers():
             _build_model(variant).save_pretrained(scratch)
-            _build_processor().save_pretrained(scratch)
+            build_processor().save_pretrained(scratch)
         stamp = {
             "variant": variant,
             "recipe": RECIPE_VERSION,
