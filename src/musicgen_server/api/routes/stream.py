@@ -21,7 +21,7 @@ from musicgen_server.api.routes.generate import job_from_request
 from musicgen_server.api.schemas import ErrorResponse, StreamRequest
 from musicgen_server.generation.handle import GenerationHandle
 from musicgen_server.generation.params import GenerationRequest, clip_shape
-from musicgen_server.generation.streaming import StreamEncoder, stream_encoder
+from musicgen_server.generation.streaming import StreamEncoder, encode_stream, stream_encoder
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["jobs"])
@@ -74,29 +74,16 @@ async def generate_stream(body: StreamRequest, service: ServiceDep, owner: Owner
 
 
 async def _send(handle: GenerationHandle, encoder: StreamEncoder):
-    """Encoded bytes as chunks arrive; a client that goes away cancels the generation."""
-    chunks = handle.chunks()
-    finished = False
+    """Encoded bytes as chunks arrive. Each piece is taken in a worker thread (waiting for audio
+    blocks); a client that goes away cancels the generation."""
+    pieces = encode_stream(handle.chunks(), encoder)
     try:
-        head = encoder.start()
-        if head:
-            yield head
-        while True:
-            chunk = await anyio.to_thread.run_sync(next, chunks, _END)
-            if chunk is _END:
-                break
-            data = encoder.encode(chunk)
-            if data:
-                yield data
-        tail = encoder.finish()
-        finished = True
-        if tail:
-            yield tail
+        while (data := await anyio.to_thread.run_sync(next, pieces, _END)) is not _END:
+            yield data
         log.info("stream %s finished", handle.request_id)
     except Exception:
         # Headers are sent: the only way left to say "failed" is to end the body early.
         log.exception("stream %s failed", handle.request_id)
     finally:
-        if not finished:
-            handle.cancel()
-            encoder.close()
+        handle.cancel()  # no-op once finished
+        pieces.close()
