@@ -17,7 +17,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from musicgen_server.errors import GenerationCancelled, InvalidRequestError
+from musicgen_server.errors import InvalidRequestError
 from musicgen_server.generation.handle import GeneratedAudio, GenerationHandle
 from musicgen_server.generation.params import ClipShape, GenerationRequest, clip_shape
 from musicgen_server.generation.sampling import SamplingSettings, guide, sample
