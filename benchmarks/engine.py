@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from musicgen_server.generation import GenerationParams, GenerationRequest
 from musicgen_server.generation.engine import BatchedEngine
-from musicgen_server.generation.params import clip_shape
+from musicgen_server.generation.params import clip_shape_for
 from musicgen_server.models import tiny
 from musicgen_server.models.hf_logging import quiet_transformers
 from musicgen_server.models.loading import LoadedModel, describe_loaded
@@ -117,7 +117,7 @@ def workload(count: int, duration: float) -> list[tuple[str, float]]:
 
 
 def steps_for(model: LoadedModel, duration: float) -> int:
-    return clip_shape(duration, model.sample_rate, model.hop_length, model.codebooks_per_channel).steps
+    return clip_shape_for(model, duration).steps
 
 
 class StepClock:

@@ -61,6 +61,11 @@ def clip_shape(duration: float, sample_rate: int, hop_length: int, codebooks_per
     return ClipShape(samples=samples, frames=frames, steps=frames + codebooks_per_channel - 1)
 
 
+def clip_shape_for(model, duration: float) -> ClipShape:
+    """`clip_shape` with a loaded model's sample rate, hop and codebooks."""
+    return clip_shape(duration, model.sample_rate, model.hop_length, model.codebooks_per_channel)
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     prompt: str

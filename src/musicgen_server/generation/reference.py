@@ -19,7 +19,7 @@ import torch
 
 from musicgen_server.errors import InvalidRequestError
 from musicgen_server.generation.handle import GeneratedAudio, GenerationHandle
-from musicgen_server.generation.params import ClipShape, GenerationRequest, clip_shape
+from musicgen_server.generation.params import ClipShape, GenerationRequest, clip_shape_for
 from musicgen_server.generation.sampling import SamplingSettings, guide, sample
 from musicgen_server.models.loading import LoadedModel
 
@@ -57,6 +57,18 @@ def validate_request(request: GenerationRequest, max_duration: float) -> None:
         raise InvalidRequestError(
             f"duration {duration:g} s is above this model's limit of {max_duration:g} s: ask for less"
         )
+
+
+def open_request(
+    request: GenerationRequest, model: LoadedModel, max_duration: float
+) -> tuple[GenerationHandle, ClipShape]:
+    """What every engine does on submit: validate, fix the seed (so it can be reported), size
+    the clip, and make the handle the caller follows."""
+    validate_request(request, max_duration)
+    request = replace(request, params=request.params.with_seed())
+    shape = clip_shape_for(model, request.params.duration)
+    handle = GenerationHandle(request, model=model.name, seed=request.params.seed, steps_total=shape.steps)
+    return handle, shape
 
 
 class _ChooseCodes:
@@ -129,10 +141,7 @@ class ReferenceEngine:
 
     # -- the engine's face ------------------------------------------------------------------
     def submit(self, request: GenerationRequest) -> GenerationHandle:
-        validate_request(request, self.max_duration)
-        request = replace(request, params=request.params.with_seed())
-        shape = self._shape(request)
-        handle = GenerationHandle(request, model=self.model.name, seed=request.params.seed, steps_total=shape.steps)
+        handle, shape = open_request(request, self.model, self.max_duration)
         with self._wakeup:
             if self._closed:
                 raise RuntimeError(f"engine for {self.model.name} is closed")
@@ -161,10 +170,6 @@ class ReferenceEngine:
             self._thread.join()
 
     # -- the loop ---------------------------------------------------------------------------
-    def _shape(self, request: GenerationRequest) -> ClipShape:
-        model = self.model
-        return clip_shape(request.params.duration, model.sample_rate, model.hop_length, model.codebooks_per_channel)
-
     def _take_batch(self) -> list[tuple[GenerationHandle, ClipShape]] | None:
         with self._wakeup:
             while True:

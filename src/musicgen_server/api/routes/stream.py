@@ -20,7 +20,7 @@ from musicgen_server.api.errors import ApiError
 from musicgen_server.api.routes.generate import job_from_request
 from musicgen_server.api.schemas import ErrorResponse, StreamRequest
 from musicgen_server.generation.handle import GenerationHandle
-from musicgen_server.generation.params import GenerationRequest, clip_shape
+from musicgen_server.generation.params import GenerationRequest, clip_shape_for
 from musicgen_server.generation.streaming import StreamEncoder, encode_stream, stream_encoder
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ async def generate_stream(body: StreamRequest, service: ServiceDep, owner: Owner
         retry = max(1, min(120, math.ceil(service.worker.estimated_wait(service.settings.max_batch_size))))
         raise ApiError(429, f"the queue is full: retry in {retry} s", headers={"Retry-After": str(retry)})
     model = engine.model
-    shape = clip_shape(new.params.duration, model.sample_rate, model.hop_length, model.codebooks_per_channel)
+    shape = clip_shape_for(model, new.params.duration)
     encoder = stream_encoder(body.format, model.sample_rate, model.channels, total_samples=shape.samples)
     headers = {
         **encoder.headers,

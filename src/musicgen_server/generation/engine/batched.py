@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -22,8 +22,8 @@ from musicgen_server.generation.engine.codec import StreamDecoder
 from musicgen_server.generation.engine.runner import Runner, SlotStep
 from musicgen_server.generation.engine.scheduler import Scheduler, Sequence, StepPlan
 from musicgen_server.generation.handle import GeneratedAudio, GenerationHandle
-from musicgen_server.generation.params import ClipShape, GenerationRequest, clip_shape
-from musicgen_server.generation.reference import apply_cpu_threads, validate_request
+from musicgen_server.generation.params import ClipShape, GenerationRequest, clip_shape_for
+from musicgen_server.generation.reference import apply_cpu_threads, open_request
 from musicgen_server.models.loading import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ class BatchedEngine:
         self.cpu_threads = cpu_threads
         self.max_batch_size = max_batch_size
         self.max_duration = min(max_duration, model.max_duration)
-        self.max_steps = self._shape_for(self.max_duration).steps
+        self.max_steps = clip_shape_for(model, self.max_duration).steps
         self._incoming: list[Sequence] = []
         self._wakeup = threading.Condition()
         self._closed = False
@@ -67,16 +67,11 @@ class BatchedEngine:
 
     # -- the engine's face ------------------------------------------------------------------
     def submit(self, request: GenerationRequest) -> GenerationHandle:
-        validate_request(request, self.max_duration)
-        request = replace(request, params=request.params.with_seed())
-        shape = self._shape_for(request.params.duration)
-        handle = GenerationHandle(
-            request, model=self.model.name, seed=request.params.seed, steps_total=shape.steps
-        )
+        handle, shape = open_request(request, self.model, self.max_duration)
         sequence = Sequence(
-            request_id=request.request_id,
+            request_id=handle.request_id,
             steps_total=shape.steps,
-            guided=request.params.uses_guidance,
+            guided=handle.request.params.uses_guidance,
             payload=_Job(handle=handle, shape=shape),
         )
         with self._wakeup:
@@ -114,10 +109,6 @@ class BatchedEngine:
             self._thread.join()
 
     # -- the loop ---------------------------------------------------------------------------
-    def _shape_for(self, duration: float) -> ClipShape:
-        model = self.model
-        return clip_shape(duration, model.sample_rate, model.hop_length, model.codebooks_per_channel)
-
     def _make_runner(self):
         if self.model.device.type == "cuda":
             from musicgen_server.generation.engine.cuda_graphs import GraphRunner
